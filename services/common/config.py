@@ -115,7 +115,10 @@ class RolloutConfig(_Section):
 
 
 class ScorerSpec(_Section):
-    kind: str = Field(..., description="Scorer registry name, e.g. 'task', 'exact', 'math', 'regex', 'code', 'python', 'remote'.")
+    kind: str = Field(
+        ...,
+        description="Scorer registry name, e.g. 'task', 'exact', 'math', 'regex', 'code', 'python', 'remote'.",
+    )
     weight: float = 1.0
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -142,10 +145,13 @@ class RewardConfig(_Section):
 
 class LossConfig(_Section):
     mode: Literal["sequence", "token_mean", "token_sum"] = Field(
-        "sequence", description="'sequence' is exact REINFORCE (unbiased on-policy); the others are token-level."
+        "sequence",
+        description="'sequence' is exact REINFORCE (unbiased on-policy); the others are token-level.",
     )
     clip_eps: float | None = Field(
-        None, gt=0, description="PPO clip epsilon for the importance ratio; None = no ratio (exact on-policy form)."
+        None,
+        gt=0,
+        description="PPO clip epsilon for the importance ratio; None = no ratio (exact on-policy form).",
     )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the initial (reference) policy; 0 = off.")
     advantage_scale: Literal["none", "batch_std"] = Field(
@@ -159,13 +165,17 @@ class LearnerConfig(_Section):
     method: Literal["rspo", "rspo_passk", "pkpo", "pkpo_loo", "passk_training", "grpo", "rloo"] = "rspo"
     total_steps: int = Field(100, ge=1)
     groups_per_step: int = Field(8, ge=1)
-    max_staleness: int = Field(1, ge=0, description="Admission bound: at most (max_staleness+1)*groups_per_step in flight.")
+    max_staleness: int = Field(
+        1, ge=0, description="Admission bound: at most (max_staleness+1)*groups_per_step in flight."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(1.0, gt=0)
     loss: LossConfig = LossConfig()
-    checkpoint_every_steps: int = Field(1, ge=1, description="Groups are acknowledged only after the checkpoint that holds them.")
+    checkpoint_every_steps: int = Field(
+        1, ge=1, description="Groups are acknowledged only after the checkpoint that holds them."
+    )
     keep_checkpoints: int = Field(2, ge=1)
     max_message_bytes: int = Field(64 << 20, ge=1 << 16)
     weight_chunk_bytes: int = Field(4 << 20, ge=1 << 12)
