@@ -108,6 +108,7 @@ class RolloutConfig(_Section):
     reward_retry: RetryConfig = RetryConfig()
     group_attempts: int = Field(2, ge=1, le=10, description="Whole-group scoring attempts before dropping it.")
     weights_timeout_s: float = Field(120.0, gt=0)
+    weights_retry: RetryConfig = RetryConfig(max_attempts=6, initial_backoff_s=0.5, max_backoff_s=5.0)
     tasks_per_read: int = Field(4, ge=1, le=1024)
     max_message_bytes: int = Field(64 << 20, ge=1 << 16)
     reflection: bool = True

@@ -8,7 +8,8 @@ Delivery semantics (what callers may rely on):
 - A consumer re-reads its *own* pending entries first after a restart (id "0"),
   so a restarted learner sees what it had read but not yet acknowledged.
 - `publish_and_ack` appends the result to the next stream and acknowledges the
-  input in one MULTI/EXEC transaction: either both happen or neither.
+  input in one MULTI/EXEC transaction: both commands reach the server in one EXEC, so a
+  client crash or disconnect leaves either both applied or neither.
 - Entries delivered more than `max_deliveries` times are the caller's to
   dead-letter (`dead_letter`), which also acknowledges them.
 - Nothing here trims a stream with MAXLEN: trimming drops pending work silently.

@@ -3,13 +3,14 @@
 Wire format (`rspo.v1.WeightChunk`, server-streaming `LearnerService.FetchWeights`): the first
 message carries a `WeightManifest` (every tensor's name, dtype, shape and byte size in order, the
 total size and a SHA-256 over all raw bytes in manifest order); then each tensor's raw C-contiguous
-bytes follow in order, in chunks of at most `chunk_bytes`, each tagged with its tensor index and
-byte offset. Raw bytes, not safetensors or pickle: the receiver writes them straight into
-preallocated tensors through a uint8 view, so bfloat16 (which numpy cannot represent) works and
-nothing is parsed or re-encoded.
+bytes follow in order, in chunks of at most `chunk_bytes`, each tagged with the tensor index and byte
+offset where it starts (a chunk may run on into the next tensors, so small tensors share messages).
+Raw bytes, not safetensors or pickle: the receiver writes them straight into preallocated tensors
+through a uint8 view, so bfloat16 (which numpy cannot represent) works and nothing is parsed or
+re-encoded.
 
 Copies: the sender reinterprets each tensor as uint8 in place (no copy); protobuf needs `bytes`, so
-each chunk's payload is one copy of its slice. The receiver copies each payload once into the final
+each chunk's payload is one copy of its slices. The receiver copies each payload once into the final
 tensor's memory. The SHA-256 is computed once per published version (`PolicySnapshot.manifest`).
 
 Delivery: a stream either assembles completely and verifiably or `WeightAssembler.finish` raises
@@ -93,6 +94,11 @@ def iter_weight_chunks(
 ) -> Iterator[learner_pb2.WeightChunk]:
     """Yield the stream for `state`: manifest on the first message, then raw bytes in order.
 
+    The payload is the concatenation of all tensors' raw bytes in manifest order, cut into chunks
+    of `chunk_bytes`; `(tensor_index, offset)` says where a chunk starts, and its bytes may run on
+    into the following tensors. Packing small tensors (norms, biases) together keeps the message
+    count at total_bytes / chunk_bytes: per-message cost, not bandwidth, dominates small models.
+
     Pass a precomputed `manifest` (as `PolicySnapshot` does) to skip re-hashing. `state` must not
     change while the iterator runs; serve a `PolicySnapshot` to guarantee that.
     """
@@ -101,21 +107,34 @@ def iter_weight_chunks(
     if manifest is None:
         manifest = build_manifest(state, version)
     pending_manifest: learner_pb2.WeightManifest | None = manifest
+    pieces: list[memoryview] = []
+    size = 0
+    start = (0, 0)
     for index, tensor in enumerate(state.values()):
         data = raw_bytes(tensor)
-        for offset in range(0, data.nbytes, chunk_bytes):
-            chunk = learner_pb2.WeightChunk(
-                version=version,
-                tensor_index=index,
-                offset=offset,
-                data=data[offset : offset + chunk_bytes].tobytes(),  # the one copy protobuf requires
-            )
-            if pending_manifest is not None:
-                chunk.manifest.CopyFrom(pending_manifest)
-                pending_manifest = None
-            yield chunk
-    if pending_manifest is not None:  # no bytes at all (empty state or only empty tensors)
-        yield learner_pb2.WeightChunk(version=version, manifest=pending_manifest)
+        offset = 0
+        while offset < data.nbytes:
+            if not pieces:
+                start = (index, offset)
+            take = min(chunk_bytes - size, data.nbytes - offset)
+            pieces.append(data[offset : offset + take])  # zero-copy slice
+            size += take
+            offset += take
+            if size == chunk_bytes:
+                yield _chunk(version, start, pieces, pending_manifest)
+                pending_manifest, pieces, size = None, [], 0
+    if pieces or pending_manifest is not None:  # the tail, or a manifest-only stream (no bytes at all)
+        yield _chunk(version, start, pieces, pending_manifest)
+
+
+def _chunk(
+    version: int, start: tuple[int, int], pieces: list[memoryview], manifest: learner_pb2.WeightManifest | None
+) -> learner_pb2.WeightChunk:
+    # b"".join is the one copy protobuf requires (its bytes fields do not take memoryviews).
+    chunk = learner_pb2.WeightChunk(version=version, tensor_index=start[0], offset=start[1], data=b"".join(pieces))
+    if manifest is not None:
+        chunk.manifest.CopyFrom(manifest)
+    return chunk
 
 
 class WeightAssembler:
@@ -197,12 +216,13 @@ class WeightAssembler:
         size = len(chunk.data)
         if size == 0:
             return
-        # Skip tensors already complete (and empty ones): the next bytes must belong to the first
+        # Skip tensors already complete (and empty ones): the chunk must start in the first
         # incomplete tensor, at exactly the offset filled so far.
-        while self._cursor < len(self._nbytes) and self._filled[self._cursor] == self._nbytes[self._cursor]:
-            self._cursor += 1
+        self._skip_complete()
         i = chunk.tensor_index
-        if i != self._cursor or self._cursor >= len(self._nbytes):
+        if self._cursor >= len(self._nbytes):
+            raise DataCorruption(f"{size} bytes arrived after all {self.manifest.total_bytes} bytes were received")
+        if i != self._cursor:
             raise DataCorruption(
                 f"chunk for tensor {i} arrived while tensor {self._cursor} is incomplete (lost chunk?)"
             )
@@ -210,13 +230,23 @@ class WeightAssembler:
             raise DataCorruption(
                 f"tensor '{self._names[i]}': chunk at offset {chunk.offset}, expected {self._filled[i]} (lost chunk?)"
             )
-        end = chunk.offset + size
-        if end > self._nbytes[i]:
-            raise DataCorruption(f"tensor '{self._names[i]}': {end} bytes received, only {self._nbytes[i]} declared")
-        self._views[i][chunk.offset : end] = np.frombuffer(chunk.data, dtype=np.uint8)
+        if self._received + size > self.manifest.total_bytes:
+            raise DataCorruption(f"stream carries more than the {self.manifest.total_bytes} bytes declared")
+        payload = np.frombuffer(chunk.data, dtype=np.uint8)  # zero-copy view of the message bytes
+        pos = 0
+        while pos < size:  # the chunk may run on into the following tensors
+            self._skip_complete()
+            i = self._cursor
+            take = min(size - pos, self._nbytes[i] - self._filled[i])
+            self._views[i][self._filled[i] : self._filled[i] + take] = payload[pos : pos + take]
+            self._filled[i] += take
+            pos += take
         self._sha.update(chunk.data)
-        self._filled[i] = end
         self._received += size
+
+    def _skip_complete(self) -> None:
+        while self._cursor < len(self._nbytes) and self._filled[self._cursor] == self._nbytes[self._cursor]:
+            self._cursor += 1
 
     def finish(self) -> dict[str, torch.Tensor]:
         """The assembled tensors, after checking completeness and the SHA-256."""

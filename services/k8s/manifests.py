@@ -269,7 +269,9 @@ def rename_address(value: str, services: Mapping[str, str], namespace: str) -> s
         return value
     domain = m["domain"] or ""
     parts = domain.split(".")  # ['', '<ns>', 'svc', ...]
-    if len(parts) >= 3 and parts[2] == "svc":
+    if domain and not (len(parts) >= 3 and parts[2] == "svc"):
+        return value  # e.g. redis.example.com: not an in-cluster Service name
+    if domain:
         parts[1] = namespace
         domain = ".".join(parts)
     return f"{m['scheme'] or ''}{services[m['host']]}{domain}{m['rest']}"

@@ -13,6 +13,7 @@ from rspo_proto.v1 import reward_pb2, rollout_pb2, rollout_pb2_grpc, sample_pb2
 from services.common.config import RspoConfig
 from services.common.grpc_server import ServerHandle, channel_options, start_server
 from services.common.lifecycle import install_stop_signals, run_service
+from services.common.retry import call_with_retry
 from services.common.streams import connect, default_consumer_name
 from services.common.weights import fetch_weights
 from services.reward.client import RewardClient
@@ -36,7 +37,10 @@ async def start(cfg: RspoConfig) -> tuple[ServerHandle, RolloutWorker]:
         return await reward.score_group(task.group_id, task.task, task.prompt_text, task.reference_json, texts)
 
     async def fetch(version: int) -> tuple[int, dict]:  # type: ignore[type-arg]
-        return await fetch_weights(learner_channel, version, rc.weights_timeout_s)
+        # A learner restart makes fetches fail for a moment: retry (bounded), then fail loudly.
+        return await call_with_retry(
+            lambda: fetch_weights(learner_channel, version, rc.weights_timeout_s), rc.weights_retry
+        )
 
     replica = rc.replica_id or default_consumer_name()
     worker = RolloutWorker(cfg, connect(cfg.redis), backend, score, fetch, replica)

@@ -103,7 +103,8 @@ class RolloutWorker:
         if wanted == self.backend.policy_version and self.counters.weight_syncs > 0:
             return True
         t0 = time.monotonic()
-        version, state = await self.fetch_weights(wanted)
+        # Ask for the latest (0), not `wanted`: the learner may have moved on since the announcement.
+        version, state = await self.fetch_weights(0)
         await asyncio.to_thread(self.backend.load_state_dict, state, version)
         self.counters.weight_syncs += 1
         self.counters.sync_s += time.monotonic() - t0

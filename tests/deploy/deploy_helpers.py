@@ -64,7 +64,7 @@ class Recorded:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
     body: Any
 
 
@@ -127,7 +127,9 @@ def make_handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            rec = Recorded(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body)
+            rec = Recorded(
+                self.command, parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()}, body
+            )
             api.requests.append(rec)
             for method, part, status, reason, message, causes in api.errors:
                 if method == self.command and part in parts.path:

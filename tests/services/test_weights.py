@@ -54,6 +54,8 @@ def test_round_trip_in_process(dtype: torch.dtype, chunk_bytes: int) -> None:
     chunks = list(iter_weight_chunks(state, 5, chunk_bytes))
     assert chunks[0].HasField("manifest") and not any(c.HasField("manifest") for c in chunks[1:])
     assert all(len(c.data) <= chunk_bytes for c in chunks)
+    total = chunks[0].manifest.total_bytes
+    assert len(chunks) == -(-total // chunk_bytes)  # small tensors share messages: ceil(total / chunk)
     _assert_same(_assemble(chunks), state)
 
 

@@ -153,6 +153,14 @@ def latex_to_text(s: str) -> str:
     return re.sub(r"^\s*[A-Za-z]\s*=\s*", "", s)  # "x = 3" -> "3"
 
 
+def _huge_exponent(exp: sympy.Basic) -> bool:
+    # A constant exponent must be a plain number of bounded size: towers like 9^9^9 are refused
+    # because evaluating them numerically would pin a CPU for hours.
+    if exp.free_symbols:
+        return False
+    return not exp.is_Number or abs(float(exp)) > _MAX_EXPONENT  # type: ignore[arg-type]
+
+
 def _too_big(expr: sympy.Basic) -> bool:
     nodes = 0
     for node in sympy.preorder_traversal(expr):
@@ -161,9 +169,27 @@ def _too_big(expr: sympy.Basic) -> bool:
             return True
         if isinstance(node, sympy.Integer) and len(str(abs(int(node)))) > _MAX_DIGITS:
             return True
-        if isinstance(node, sympy.Pow) and node.exp.is_Number and abs(float(node.exp)) > _MAX_EXPONENT:
+        if isinstance(node, sympy.Pow) and _huge_exponent(node.exp):
             return True
     return False
+
+
+def _tuple_parts(s: str) -> list[str]:
+    """Split "(a, b)" or "a, b" at top-level commas; "(a)" stays one part."""
+    s = s.strip()
+    if s.startswith("(") and s.endswith(")") and _braced(s.replace("(", "{").replace(")", "}"), 0) == (
+        s[1:-1].replace("(", "{").replace(")", "}"),
+        len(s),
+    ):
+        s = s[1:-1]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+    parts.append(s[start:])
+    return parts
 
 
 @lru_cache(maxsize=4096)
@@ -173,7 +199,7 @@ def parse_math(text: str) -> tuple[sympy.Expr, ...] | None:
     if not s or len(s) > _MAX_CHARS or not _ALLOWED.match(s) or re.search(r"[A-Za-z)]\s*\.", s):
         return None
     parts: list[sympy.Expr] = []
-    for part in s.split(","):
+    for part in _tuple_parts(s):
         try:
             expr = parse_expr(part, local_dict=dict(_FUNCS), global_dict=dict(_GLOBALS),
                               transformations=_TRANSFORMS, evaluate=False)
