@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: latest in run dir)")
     p.add_argument("--initial", action="store_true", help="evaluate the initial model, not a checkpoint")
     sub.add_parser("tasks", help="list the task families")
+    p = sub.add_parser("report", help="plots (PNG) and a markdown summary of a finished run: RUN_DIR/report/")
+    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("compare", help="one markdown table comparing runs (methods / checkpoints) side by side")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     try:
         from services.k8s.cli import add_k8s_parser
     except ImportError:  # the k8s extra is optional for local use
@@ -62,8 +67,10 @@ def _load(args: argparse.Namespace) -> RspoConfig:
 
 def _serve(cfg: RspoConfig, service: str) -> None:
     from services.common.logging_setup import setup_logging
+    from services.common.telemetry import setup_service_telemetry
 
     setup_logging(service, cfg.telemetry.log_level, cfg.telemetry.log_format)
+    setup_service_telemetry(service, cfg)  # before any channel or server is built
     if service == "learner":
         from services.learner.main import serve as serve_learner
 
@@ -100,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, factory in FAMILIES.items():
                 print(f"{name}\t{'graded' if factory().graded else 'binary'}")
             return 0
+        if args.command in ("report", "compare"):
+            from services.report import run_report_command
+
+            return run_report_command(args)
         if args.command == "k8s":
             from services.k8s.cli import run_k8s
 

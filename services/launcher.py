@@ -59,8 +59,11 @@ class Cluster:
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("RSPO__")}  # the written config is complete
-        for name in SERVICES:
+        for i, name in enumerate(SERVICES):
             log_path = logs / f"{name}.log"
+            child_env = dict(env)
+            if self.cfg.telemetry.metrics_port:  # one config, three processes: base, base+1, base+2
+                child_env["RSPO__TELEMETRY__METRICS_PORT"] = str(self.cfg.telemetry.metrics_port + i)
             cmd = [
                 sys.executable,
                 "-m",
@@ -73,7 +76,7 @@ class Cluster:
                 str(self.run_dir),
             ]
             with log_path.open("ab") as fh:
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
             self.children.append(Child(name, proc, log_path))
 
     def check_alive(self) -> None:

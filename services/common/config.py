@@ -204,6 +204,10 @@ class TelemetryConfig(_Section):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port; None = off.")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tensorboard: bool = Field(False, description="Learner also writes step metrics to RUN_DIR/tensorboard.")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Fraction of groups traced; a group's trace is kept or dropped whole."
+    )
 
 
 class RspoConfig(_Section):

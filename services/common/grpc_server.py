@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import RspoError
+from services.common.telemetry import get_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class _SafeRegistrar:
         pass  # the registered-method table below replaces the generic handler
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        safe = {name: _with_safe_deserializer(h) for name, h in handlers.items()}
+        # Telemetry (a SERVER span from the caller's traceparent, per-method metrics) when it is set up.
+        tel = get_telemetry()
+        safe = {name: tel.wrap_handler(service, name, _with_safe_deserializer(h)) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
         self._server.add_registered_method_handlers(service, safe)
 

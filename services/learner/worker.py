@@ -29,6 +29,7 @@ import torch
 
 import rspo_core
 from rspo_proto.v1 import sample_pb2
+from services.common import telemetry
 from services.common.codec import check_group, example_to_task, groups_to_batch, parse_message
 from services.common.config import RspoConfig
 from services.common.errors import InvalidInput
@@ -134,7 +135,9 @@ class LearnerWorker:
         )
         if budget <= 0:
             return 0
-        await admit_tasks(self.client, self.keys, self.admitted, budget, self._make_task)
+        spans = telemetry.admissions(budget)
+        tasks = await admit_tasks(self.client, self.keys, self.admitted, budget, self._make_task, spans.traceparents)
+        spans.end(tasks)
         self.admitted += budget
         return budget
 
@@ -168,6 +171,7 @@ class LearnerWorker:
             self.state.groups_duplicate += 1
             await self.queue.ack([delivery.entry_id])
             return
+        telemetry.learner_received(group, delivery.traceparent)
         if group.status != sample_pb2.GROUP_STATUS_COMPLETE:
             log.info("group %s dropped by %s: %s", group.group_id, group.producer, group.drop_reason)
             self._resolve(group.group_id, delivery.entry_id)
@@ -218,6 +222,7 @@ class LearnerWorker:
         now = time.monotonic()
         self.clock.busy_s += now - t0
         record = self._record(metrics, batch.rewards, batch.ks, staleness, now)
+        telemetry.learner_step(record, [(p.group, p.delivery.traceparent) for p in take], staleness, t0)
         self.clock.last_step = now
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -237,6 +242,7 @@ class LearnerWorker:
         now: float,
     ) -> dict[str, Any]:
         max_k = [float(rspo_core.max_at_k(torch.tensor(r, dtype=torch.float64), k)) for r, k in zip(rewards, ks)]
+        pass_k = [float(rspo_core.pass_at_k(len(r), sum(1 for x in r if x >= 1.0), k)) for r, k in zip(rewards, ks)]
         step_s = now - self.clock.last_step
         return {
             "step": self.state.step,
@@ -248,6 +254,8 @@ class LearnerWorker:
             "groups_per_s": len(rewards) / step_s if step_s > 0 else 0.0,
             # Unbiased Max@k of the training groups (equals Pass@k when rewards are 0/1).
             "max_at_k": sum(max_k) / len(max_k),
+            # Unbiased Pass@k of the training groups (a response passes with reward >= 1).
+            "pass_at_k": sum(pass_k) / len(pass_k),
             "staleness_mean": sum(staleness) / len(staleness),
             "staleness_max": max(staleness),
             "learner_busy_ratio": self.clock.busy_s / max(now - self.clock.started, 1e-9),

@@ -4,18 +4,19 @@ Each run gets:
 - a throwaway working directory (removed afterwards) and a clean environment
   (PATH, HOME=workdir, LANG only: no inherited secrets);
 - kernel isolation picked once per process by `detect_isolation()`:
-  * `root`: `unshare --net --pid --fork --kill-child --setuid 65534 --setgid 65534`:
+  * `root`: `unshare --net --pid --fork --kill-child --setuid U --setgid U`:
     no network (empty net namespace), own PID namespace (every process the code
-    starts dies with it), and the unprivileged `nobody` user, so it cannot write
-    outside world-writable places and RLIMIT_NPROC applies (root ignores it);
+    starts dies with it), and an unprivileged uid U of its own (from a pool), so it
+    cannot write outside world-writable places and RLIMIT_NPROC applies per run
+    (root ignores it);
   * `userns` (unprivileged service): `unshare --map-root-user --net --pid --fork --kill-child`;
   * `none` (no usable unshare): sockets are refused by an audit hook in the child.
     That hook is defence in depth only: ctypes can get around it;
 - resource limits set with `resource.setrlimit` in `preexec_fn` (inherited through
   exec): CPU seconds, address space, process count, file size, open files;
 - a wall-clock timeout that kills the whole process group, and a cap on output.
-In every mode an audit hook in the child also refuses writes outside the working
-directory and socket creation (again defence in depth).
+Where the service cannot drop privileges (not root), the audit hook also refuses writes
+outside the working directory (again defence in depth, bypassable with ctypes).
 
 Results come back as lines on stdout tagged with a per-run random nonce, so a
 program's own prints cannot pass for results. Code that introspects the harness
@@ -99,7 +100,31 @@ class Isolation:
     python: str
     # Whether the kernel removes the network (else only the audit hook refuses sockets).
     kernel_network: bool
-    drop_to: int | None  # uid/gid the code runs as, when we drop privileges ourselves
+    # Whether we drop to an unprivileged uid ourselves (root mode); the uid is chosen per run.
+    drops_privileges: bool
+
+
+class _UidPool:
+    """Unprivileged uids for root mode, one per concurrent run.
+
+    RLIMIT_NPROC counts processes per uid: with one shared uid (`nobody`) a fork bomb in
+    one run would starve every other run of processes. The uids need no passwd entry; the
+    range starts at a per-process offset so replicas on one host rarely share one.
+    """
+
+    def __init__(self, base: int, size: int) -> None:
+        self.free = list(range(base, base + size))
+
+    def acquire(self) -> int:
+        if not self.free:
+            raise OSError("no free sandbox uid (too many concurrent sandboxes)")
+        return self.free.pop()
+
+    def release(self, uid: int) -> None:
+        self.free.append(uid)
+
+
+_UIDS = _UidPool(base=200_000 + (os.getpid() % 4096) * 256, size=256)
 
 
 def _works(argv: Sequence[str]) -> bool:
@@ -121,12 +146,12 @@ def detect_isolation(python: str | None = None) -> Isolation:
         ids = ("--setuid", str(NOBODY), "--setgid", str(NOBODY))
         for py in candidates:
             if py and os.path.exists(py) and _works([*base, *ids, py]):
-                return Isolation("root", (*base, *ids), py, True, NOBODY)
+                return Isolation("root", base, py, True, True)
     py = python or sys.executable
     if base and _works([base[0], "--map-root-user", *base[1:], py]):
-        return Isolation("userns", (base[0], "--map-root-user", *base[1:]), py, True, None)
+        return Isolation("userns", (base[0], "--map-root-user", *base[1:]), py, True, False)
     log.warning("sandbox: no usable 'unshare'; network is blocked only by an in-process audit hook")
-    return Isolation("none", (), py, False, None)
+    return Isolation("none", (), py, False, False)
 
 
 def _user_task_count() -> int:
@@ -176,8 +201,10 @@ def _inside(path):
     return p == _root or p.startswith(_root + os.sep) or p == "/dev/null"
 
 def _hook(event, args):
-    if event.startswith("socket."):
+    if job["guard_net"] and event.startswith("socket."):
         raise PermissionError("network access is disabled in the sandbox")
+    if not job["guard_files"]:
+        return
     if event == "open" and args[0] is not None:
         mode, flags = args[1] or "", args[2] or 0
         if (any(c in str(mode) for c in "wax+") or flags & _WRITE) and not _inside(args[0]):
@@ -198,6 +225,9 @@ def _alarm(signum, frame):
     raise TimeoutError("test time limit exceeded")
 
 signal.signal(signal.SIGALRM, _alarm)
+# As PID 1 of its namespace this process ignores signals it has no handler for, SIGXCPU
+# included; exit with the conventional 128+signal code instead.
+signal.signal(signal.SIGXCPU, lambda signum, frame: os._exit(128 + signum))
 
 def _report(i, ok, why=""):
     _out.write("%s %s %s %s\n" % (NONCE, i, "pass" if ok else "fail", why.replace("\n", " ")[:300]))
@@ -212,7 +242,11 @@ def _run(fn):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
-code = compile(job["code"], "solution.py", "exec")
+try:
+    code = compile(job["code"], "solution.py", "exec")
+except BaseException as err:
+    _out.write("%s code_error %s\n" % (NONCE, _why(err).replace("\n", " ")[:300]))
+    sys.exit(0)
 if job["io"]:
     for i, case in enumerate(job["tests"]):
         sys.stdin, buf = io.StringIO(case["input"]), _Cap()
@@ -261,11 +295,44 @@ async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[b
     return bytes(buf), False
 
 
+async def _await_reads(reads: list[asyncio.Task[tuple[bytes, bool]]], wall_s: float) -> tuple[bool, bool]:
+    """Wait for both pipes to reach EOF; stop early when one hits the output cap or time runs out.
+
+    Returns (output_over, timed_out)."""
+    deadline = time.monotonic() + wall_s
+    pending: set[asyncio.Task[tuple[bytes, bool]]] = set(reads)
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False, True
+        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if any(task.result()[1] for task in done):
+            return True, False
+    return False, False
+
+
 def _kill_group(pid: int) -> None:
     # The child leads its own session; killing the group takes every process it started
     # (and with a PID namespace, init's death takes the rest with it).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for exit. asyncio's wait() also waits for the pipes to close, so drain what the dead
+    processes left in them; if something still holds a pipe open, close our ends instead."""
+
+    async def discard(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(1 << 16):
+            pass
+
+    try:
+        await asyncio.wait_for(asyncio.gather(discard(proc.stdout), discard(proc.stderr), proc.wait()), 5.0)
+    except (asyncio.TimeoutError, TimeoutError):
+        log.warning("sandbox process %d did not release its pipes after SIGKILL", proc.pid)
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 @dataclass
@@ -277,8 +344,7 @@ class _Outcome:
     output_over: bool
 
 
-async def _run_child(argv: Sequence[str], stdin: bytes, workdir: str, limits: SandboxLimits,
-                     nproc: int) -> _Outcome:
+async def _run_child(argv: Sequence[str], stdin: bytes, workdir: str, limits: SandboxLimits, nproc: int) -> _Outcome:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
@@ -298,27 +364,35 @@ async def _run_child(argv: Sequence[str], stdin: bytes, workdir: str, limits: Sa
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await proc.stdin.drain()
         proc.stdin.close()
-        reads = asyncio.gather(
-            _read_capped(proc.stdout, limits.max_output_bytes), _read_capped(proc.stderr, limits.max_output_bytes)
-        )
-        try:
-            (out, over_out), (err, over_err) = await asyncio.wait_for(reads, limits.wall_s)
-            over = over_out or over_err
-            if not over:
-                await asyncio.wait_for(proc.wait(), max(0.1, limits.wall_s))
-        except (asyncio.TimeoutError, TimeoutError):
-            timed_out = True
+        reads = [
+            asyncio.create_task(_read_capped(proc.stdout, limits.max_output_bytes)),
+            asyncio.create_task(_read_capped(proc.stderr, limits.max_output_bytes)),
+        ]
+        over, timed_out = await _await_reads(reads, limits.wall_s)
+        for task in reads:
+            task.cancel()
+        if reads[0].done() and not reads[0].cancelled():
+            out = reads[0].result()[0]
+        if reads[1].done() and not reads[1].cancelled():
+            err = reads[1].result()[0]
+        if not (over or timed_out):
+            await asyncio.wait_for(proc.wait(), limits.wall_s)
+    except (asyncio.TimeoutError, TimeoutError):
+        timed_out = True
     finally:
         # Always: stray children (daemons, a fork bomb) must not outlive the run. This also
         # runs on cancellation (group timeout), so no sandbox is left behind.
         _kill_group(proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
+        await _reap(proc)
     return _Outcome(out, err, proc.returncode, timed_out, over)
 
 
 def _signal_reason(rc: int | None) -> tuple[Reason, str] | None:
-    if rc is None or rc >= 0:
+    if rc is None or rc == 0:
+        return None
+    if rc == 128 + signal.SIGXCPU:  # the harness's SIGXCPU handler (see HARNESS)
+        rc = -signal.SIGXCPU
+    if rc > 0:
         return None
     sig = -rc
     if sig == signal.SIGXCPU:
@@ -353,7 +427,7 @@ def _classify(o: _Outcome, nonce: str, total: int, limits: SandboxLimits) -> tup
     by_signal = _signal_reason(o.returncode)
     if by_signal is not None:
         return passed, *by_signal
-    if "MemoryError" in stderr_tail or any("MemoryError" in f for f in failures):
+    if "MemoryError" in stderr_tail + code_error or any("MemoryError" in f for f in failures):
         return passed, Reason.MEMORY, f"memory limit {limits.memory_mb} MiB exceeded"
     if code_error:
         return 0, Reason.CODE_ERROR, code_error
@@ -367,11 +441,11 @@ def _classify(o: _Outcome, nonce: str, total: int, limits: SandboxLimits) -> tup
 async def run_tests(
     code: str,
     tests: Sequence[str] | Sequence[dict[str, Any]],
-    limits: SandboxLimits = SandboxLimits(),  # noqa: B008 (frozen dataclass: immutable default)
+    limits: SandboxLimits = SandboxLimits(),
     isolation: Isolation | None = None,
 ) -> SandboxResult:
     """Run `code` against `tests` in a fresh sandbox; never raises for anything the code does."""
-    iso = isolation or await asyncio.to_thread(detect_isolation)
+    iso: Isolation = isolation if isolation is not None else await asyncio.to_thread(detect_isolation)
     is_io = bool(tests) and isinstance(tests[0], dict)
     nonce = secrets.token_hex(16)
     job = {
@@ -381,21 +455,32 @@ async def run_tests(
         "io": is_io,
         "max_output": limits.max_output_bytes,
         "test_timeout": limits.test_timeout_s,
+        # In-process guards only where the kernel does not already enforce the same thing.
+        "guard_net": not iso.kernel_network,
+        "guard_files": not iso.drops_privileges,
     }
-    net_flag = () if iso.kernel_network else ()
-    argv = [*iso.prefix, iso.python, "-I", "-S", *net_flag, "-c", HARNESS]
-    # Root drops to `nobody`, whose count starts near 0; otherwise our own threads count too.
-    nproc = limits.max_processes if iso.drop_to is not None else _user_task_count() + limits.max_processes
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="rspo-sandbox-")
+    uid = _UIDS.acquire() if iso.drops_privileges else None
     try:
-        if iso.drop_to is not None:
-            os.chown(workdir, iso.drop_to, iso.drop_to)
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+            ids = ("--setuid", str(uid), "--setgid", str(uid))
+            argv = [*iso.prefix, *ids, iso.python, "-I", "-S", "-c", HARNESS]
+            # A uid of its own: RLIMIT_NPROC counts only this run's processes.
+            nproc = limits.max_processes
+        else:
+            argv = [*iso.prefix, iso.python, "-I", "-S", "-c", HARNESS]
+            # Our uid: the service's own processes and threads count toward the limit too.
+            nproc = _user_task_count() + limits.max_processes
         outcome = await _run_child(argv, json.dumps(job).encode(), workdir, limits, nproc)
     except OSError as err:
-        return SandboxResult(0, len(tests), Reason.SANDBOX_ERROR, f"could not start sandbox: {err}",
-                             time.monotonic() - start, iso.name)
+        return SandboxResult(
+            0, len(tests), Reason.SANDBOX_ERROR, f"could not start sandbox: {err}", time.monotonic() - start, iso.name
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if uid is not None:
+            _UIDS.release(uid)
     passed, reason, detail = _classify(outcome, nonce, len(tests), limits)
     return SandboxResult(passed, len(tests), reason, detail, time.monotonic() - start, iso.name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from rspo_proto.v1 import reward_pb2, rollout_pb2, rollout_pb2_grpc, sample_pb2
+from services.common import telemetry
 from services.common.config import RspoConfig
 from services.common.grpc_server import ServerHandle, channel_options, start_server
 from services.common.lifecycle import install_stop_signals, run_service
@@ -34,16 +35,20 @@ async def start(cfg: RspoConfig) -> tuple[ServerHandle, RolloutWorker]:
     learner_channel = grpc.aio.insecure_channel(rc.learner_address, options=channel_options(rc.max_message_bytes))
 
     async def score(task: sample_pb2.PromptTask, texts: list[str]) -> list[reward_pb2.Reward]:
-        return await reward.score_group(task.group_id, task.task, task.prompt_text, task.reference_json, texts)
+        return await telemetry.traced_reward_call(
+            task.group_id,
+            reward.score_group(task.group_id, task.task, task.prompt_text, task.reference_json, texts),
+        )
 
     async def fetch(version: int) -> tuple[int, dict]:  # type: ignore[type-arg]
         # A learner restart makes fetches fail for a moment: retry (bounded), then fail loudly.
-        return await call_with_retry(
-            lambda: fetch_weights(learner_channel, version, rc.weights_timeout_s), rc.weights_retry
+        return await telemetry.timed_weight_fetch(
+            call_with_retry(lambda: fetch_weights(learner_channel, version, rc.weights_timeout_s), rc.weights_retry)
         )
 
     replica = rc.replica_id or default_consumer_name()
     worker = RolloutWorker(cfg, connect(cfg.redis), backend, score, fetch, replica)
+    telemetry.get_telemetry().watch_rollout(worker.counters)
     servicer = RolloutServicer(worker, rc.backend, cfg.model.name_or_path)
     handle = await start_server(
         host=rc.host,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from rspo_proto.v1 import reward_pb2, sample_pb2
+from services.common import telemetry
 from services.common.codec import FINISH_TO_PROTO, parse_message
 from services.common.config import RspoConfig
 from services.common.errors import InvalidInput, RspoError
@@ -91,8 +92,9 @@ class RolloutWorker:
             if deliveries:
                 # Re-check after a blocking read: a task admitted while we waited was admitted
                 # against a newer policy, and staleness stays within the admission bound.
-                await self.sync_weights()
-                await self.handle(deliveries)
+                with telemetry.busy():
+                    await self.sync_weights()
+                    await self.handle(deliveries)
 
     async def sync_weights(self) -> bool:
         """Load the announced policy version if it differs from ours. False if none is published yet."""
@@ -117,16 +119,18 @@ class RolloutWorker:
         for delivery in deliveries:
             task = await self._accept(delivery)
             if task is not None:
+                telemetry.rollout_begin(task, delivery.traceparent)
                 ready.append((delivery, task))
         if not ready:
             return
         groups = await self.process([task for _, task in ready])
         for (delivery, task), group in zip(ready, groups):
+            traceparent = telemetry.rollout_end(group) or delivery.traceparent
             if group.status == sample_pb2.GROUP_STATUS_DROPPED:
                 await self.drop(delivery, task, group.drop_reason, group)
                 continue
             await self.queue.publish_and_ack(
-                self.keys.groups, group.SerializeToString(), delivery.entry_id, delivery.traceparent
+                self.keys.groups, group.SerializeToString(), delivery.entry_id, traceparent
             )
             self.counters.groups_published += 1
 
@@ -149,7 +153,8 @@ class RolloutWorker:
     async def process(self, tasks: Sequence[sample_pb2.PromptTask]) -> list[sample_pb2.SampleGroup]:
         """Generate and score groups (no queue I/O): each COMPLETE, or DROPPED with the reason."""
         version = self.backend.policy_version
-        gens = await self._generate(tasks)
+        with telemetry.rollout_generate(tasks):
+            gens = await self._generate(tasks)
         groups = [
             sample_pb2.SampleGroup(
                 group_id=task.group_id,

@@ -127,7 +127,5 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
     try:
         factory = SCORERS[spec.kind]
     except KeyError:
-        raise ConfigError(
-            f"unknown reward scorer kind '{spec.kind}'; choose one of {sorted(SCORERS)}"
-        ) from None
+        raise ConfigError(f"unknown reward scorer kind '{spec.kind}'; choose one of {sorted(SCORERS)}") from None
     return factory(spec)

@@ -121,7 +121,8 @@ def extract_answer(response: str) -> str:
 
 def _replace_command(text: str, command: str, arity: int, template: str) -> str:
     """Rewrite `\\command{a}{b}` with balanced braces into `template.format(a, b)`."""
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while True:
         j = text.find(command, i)
         if j < 0:
@@ -162,9 +163,7 @@ def _huge_exponent(exp: sympy.Basic) -> bool:
 
 
 def _too_big(expr: sympy.Basic) -> bool:
-    nodes = 0
-    for node in sympy.preorder_traversal(expr):
-        nodes += 1
+    for nodes, node in enumerate(sympy.preorder_traversal(expr), 1):
         if nodes > _MAX_NODES:
             return True
         if isinstance(node, sympy.Integer) and len(str(abs(int(node)))) > _MAX_DIGITS:
@@ -177,9 +176,14 @@ def _too_big(expr: sympy.Basic) -> bool:
 def _tuple_parts(s: str) -> list[str]:
     """Split "(a, b)" or "a, b" at top-level commas; "(a)" stays one part."""
     s = s.strip()
-    if s.startswith("(") and s.endswith(")") and _braced(s.replace("(", "{").replace(")", "}"), 0) == (
-        s[1:-1].replace("(", "{").replace(")", "}"),
-        len(s),
+    if (
+        s.startswith("(")
+        and s.endswith(")")
+        and _braced(s.replace("(", "{").replace(")", "}"), 0)
+        == (
+            s[1:-1].replace("(", "{").replace(")", "}"),
+            len(s),
+        )
     ):
         s = s[1:-1]
     parts, depth, start = [], 0, 0
@@ -201,8 +205,9 @@ def parse_math(text: str) -> tuple[sympy.Expr, ...] | None:
     parts: list[sympy.Expr] = []
     for part in _tuple_parts(s):
         try:
-            expr = parse_expr(part, local_dict=dict(_FUNCS), global_dict=dict(_GLOBALS),
-                              transformations=_TRANSFORMS, evaluate=False)
+            expr = parse_expr(
+                part, local_dict=dict(_FUNCS), global_dict=dict(_GLOBALS), transformations=_TRANSFORMS, evaluate=False
+            )
         except Exception:  # SyntaxError, TypeError, TokenError...: not a math expression
             return None
         if not isinstance(expr, sympy.Expr) or _too_big(expr):
