@@ -84,7 +84,7 @@ def bench_config(redis_url: str, reward_port: int, groups: int) -> RspoConfig:
             "run": {"run_id": "bench"},
             "redis": {"url": redis_url, "block_ms": 100},
             "task": {"n": N, "k": 4},
-            "rollout": {"reward_address": f"127.0.0.1:{reward_port}", "tasks_per_read": 16},
+            "rollout": {"reward_address": f"127.0.0.1:{reward_port}", "tasks_per_read": 64},
             "learner": {"total_steps": groups // 64, "groups_per_step": 64, "max_staleness": 3},
         },
         env={},

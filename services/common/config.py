@@ -109,7 +109,8 @@ class RolloutConfig(_Section):
     group_attempts: int = Field(2, ge=1, le=10, description="Whole-group scoring attempts before dropping it.")
     weights_timeout_s: float = Field(120.0, gt=0)
     weights_retry: RetryConfig = RetryConfig(max_attempts=6, initial_backoff_s=0.5, max_backoff_s=5.0)
-    tasks_per_read: int = Field(4, ge=1, le=1024)
+    tasks_per_read: int = Field(4, ge=1, le=1024, description="Tasks per XREADGROUP; generated as one batch.")
+    concurrency: int = Field(2, ge=1, le=64, description="Read loops per replica (overlap scoring with generation).")
     max_message_bytes: int = Field(64 << 20, ge=1 << 16)
     reflection: bool = True
     drain_timeout_s: float = Field(10.0, ge=0)

@@ -187,9 +187,20 @@ class StreamQueue:
         self, out_stream: str, data: bytes, entry_id: str, traceparent: str | None = None
     ) -> None:
         """Append `data` to `out_stream` and ack `entry_id` here, atomically (MULTI/EXEC)."""
+        await self.publish_many_and_ack(out_stream, [(data, entry_id, traceparent)])
+
+    async def publish_many_and_ack(self, out_stream: str, items: Sequence[tuple[bytes, str, str | None]]) -> None:
+        """For each (data, entry_id, traceparent): XADD data to `out_stream` and XACK entry_id here.
+
+        All in one MULTI/EXEC: one round trip for a whole read's worth of results, and a crash
+        leaves each result either published-and-acked or neither.
+        """
+        if not items:
+            return
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(out_stream, _fields(data, traceparent))
-            pipe.xack(self.stream, self.group, entry_id)
+            for data, _, traceparent in items:
+                pipe.xadd(out_stream, _fields(data, traceparent))
+            pipe.xack(self.stream, self.group, *[entry_id for _, entry_id, _ in items])
             await pipe.execute()
 
     async def dead_letter(self, dead_stream: str, delivery: Delivery, reason: str) -> None:

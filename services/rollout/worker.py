@@ -81,14 +81,25 @@ class RolloutWorker:
         self.queue = StreamQueue(client, self.keys.tasks, TASKS_GROUP, replica, cfg.redis)
         self.counters = RolloutCounters()
         self.settings = SamplingSettings.from_model_config(cfg.model)
+        self._sync_lock = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Run `rollout.concurrency` read loops: while one waits on scoring or Redis, another generates.
+
+        Each loop is its own consumer (`replica`, `replica/1`, ...), so a restarted replica's
+        loops re-read exactly their own pending entries.
+        """
         await self.queue.ensure_group()
+        names = [self.replica] + [f"{self.replica}/{i}" for i in range(1, self.cfg.rollout.concurrency)]
+        readers = [StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, name, self.cfg.redis) for name in names]
+        await asyncio.gather(*(self._loop(reader, stop) for reader in readers))
+
+    async def _loop(self, reader: StreamQueue, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if not await self.sync_weights():
                 await asyncio.sleep(min(self.cfg.redis.block_ms / 1000, 0.5))
                 continue
-            deliveries = await self.queue.read(count=self.cfg.rollout.tasks_per_read)
+            deliveries = await reader.read(count=self.cfg.rollout.tasks_per_read)
             if deliveries:
                 # Re-check after a blocking read: a task admitted while we waited was admitted
                 # against a newer policy, and staleness stays within the admission bound.
@@ -98,6 +109,10 @@ class RolloutWorker:
 
     async def sync_weights(self) -> bool:
         """Load the announced policy version if it differs from ours. False if none is published yet."""
+        async with self._sync_lock:  # concurrent loops must not fetch the same version twice
+            return await self._sync_weights()
+
+    async def _sync_weights(self) -> bool:
         raw = await self.client.get(self.keys.policy)
         if raw is None:
             return False
@@ -124,15 +139,16 @@ class RolloutWorker:
         if not ready:
             return
         groups = await self.process([task for _, task in ready])
+        complete: list[tuple[bytes, str, str | None]] = []
         for (delivery, task), group in zip(ready, groups):
             traceparent = telemetry.rollout_end(group) or delivery.traceparent
             if group.status == sample_pb2.GROUP_STATUS_DROPPED:
                 await self.drop(delivery, task, group.drop_reason, group)
-                continue
-            await self.queue.publish_and_ack(
-                self.keys.groups, group.SerializeToString(), delivery.entry_id, traceparent
-            )
-            self.counters.groups_published += 1
+            else:
+                complete.append((group.SerializeToString(), delivery.entry_id, traceparent))
+        # One MULTI/EXEC for the whole read: one round trip, each group published-and-acked or neither.
+        await self.queue.publish_many_and_ack(self.keys.groups, complete)
+        self.counters.groups_published += len(complete)
 
     async def _accept(self, delivery: Delivery) -> sample_pb2.PromptTask | None:
         """The delivery's task, or None after dead-lettering garbage or dropping a poison task."""
