@@ -67,7 +67,8 @@ class _TracedMultiCallable:
             span.record_exception(err)
             span.end()
             raise
-        call.add_done_callback(lambda c: _end_client_span(span, c, time.time_ns()))
+        if span.is_recording():  # a sampled-out span needs no end (and no task to read the status)
+            call.add_done_callback(lambda c: _end_client_span(span, c, time.time_ns()))
         return call
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from rspo_proto.v1 import rollout_pb2, rollout_pb2_grpc, sample_pb2
@@ -42,7 +44,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         version = self.worker.backend.policy_version
         groups = []
         for t in tasks:
-            gens = self.worker.backend.generate([list(t.prompt_token_ids)], t.n, settings)[0]
+            # In a thread: generation is long and must not stall the server's event loop.
+            gens = (await asyncio.to_thread(self.worker.backend.generate, [list(t.prompt_token_ids)], t.n, settings))[0]
             groups.append(
                 sample_pb2.SampleGroup(
                     group_id=t.group_id,
