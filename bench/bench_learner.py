@@ -67,7 +67,8 @@ def timed(fn: Any, repeats: int) -> list[float]:
 
 def run(shape: str, device: str, repeats: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], intermediate_size=4 * SHAPES[shape]["hidden_size"]))
+    dims: dict[str, Any] = dict(SHAPES[shape])
+    model: Any = LlamaForCausalLM(LlamaConfig(**dims, intermediate_size=4 * dims["hidden_size"]))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = make_batch(groups=8, n=16, prompt_len=16, resp_len=16, vocab=SHAPES[shape]["vocab_size"])
@@ -97,8 +98,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     rows = [run(shape, args.device, args.repeats) for shape in SHAPES]
-    lines = ["## Learner step overhead vs bare PyTorch step (same model, same batch: 8 groups x 16 samples x 32 tokens)", "",
-             "| model | device | learner step | bare step | overhead |", "|---|---|---|---|---|"]
+    lines = [
+        "## Learner step overhead vs bare PyTorch step (same model, same batch: 8 groups x 16 samples x 32 tokens)",
+        "",
+        "| model | device | learner step | bare step | overhead |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['device']} | {r['learner_step_s'] * 1e3:.2f} ms | {r['bare_step_s'] * 1e3:.2f} ms "

@@ -23,20 +23,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
-import torch  # noqa: E402
-from bench_core_common import write_results  # noqa: E402
+import grpc
+import redis.asyncio as aioredis
+import torch
+from bench_core_common import write_results
 
-from rspo_proto.v1 import reward_pb2, reward_pb2_grpc, sample_pb2  # noqa: E402
-from services.common.config import RspoConfig, parse_config  # noqa: E402
-from services.common.grpc_server import channel_options, start_server  # noqa: E402
-from services.common.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from services.common.streams import StreamKeys, connect  # noqa: E402
-from services.learner.worker import LearnerRuntime, LearnerWorker  # noqa: E402
-from services.rollout.backends.base import Generation, GenerationBackend, SamplingSettings  # noqa: E402
-from services.rollout.worker import RolloutWorker  # noqa: E402
-from services.tasks import get_family  # noqa: E402
+from rspo_proto.v1 import reward_pb2, reward_pb2_grpc, sample_pb2
+from services.common.config import RspoConfig, parse_config
+from services.common.grpc_server import channel_options, start_server
+from services.common.redis_server import EmbeddedRedis, free_port
+from services.common.streams import connect
+from services.learner.worker import LearnerRuntime, LearnerWorker
+from services.rollout.backends.base import Generation, GenerationBackend, SamplingSettings
+from services.rollout.worker import RolloutWorker
+from services.tasks import get_family
 
 N, TOKENS = 16, 512
 
@@ -76,6 +76,9 @@ class NoopReward(reward_pb2_grpc.RewardServiceServicer):
     async def ScoreGroup(self, request: Any, context: Any) -> reward_pb2.ScoreGroupResponse:
         ok = reward_pb2.Reward(value=1.0, status=reward_pb2.REWARD_STATUS_OK)
         return reward_pb2.ScoreGroupResponse(group_id=request.group_id, rewards=[ok] * len(request.responses))
+
+    async def ScoreBatch(self, request: Any, context: Any) -> reward_pb2.ScoreBatchResponse:
+        return reward_pb2.ScoreBatchResponse(groups=[await self.ScoreGroup(g, context) for g in request.groups])
 
 
 def bench_config(redis_url: str, reward_port: int, groups: int) -> RspoConfig:
@@ -196,7 +199,7 @@ async def raw_baseline(redis_url: str, groups: int) -> float:
                 template.group_id = f"raw/{done + i}"
                 pipe.xadd(stream, {"data": template.SerializeToString()})
             await pipe.execute()
-        resp = await client.xreadgroup("g", "c", {stream: ">"}, count=batch)
+        resp: Any = await client.xreadgroup("g", "c", {stream: ">"}, count=batch)
         ids = []
         for _, entries in resp:
             for eid, fields in entries:

@@ -45,7 +45,7 @@ def test_env_overrides_file_values(tmp_path: Path) -> None:
 
 
 def test_env_override_is_validated_too() -> None:
-    with pytest.raises(ConfigError, match="learner.total_steps"):
+    with pytest.raises(ConfigError, match=r"learner\.total_steps"):
         parse_config({}, env={"RSPO__LEARNER__TOTAL_STEPS": "zero"})
 
 

@@ -74,7 +74,10 @@ def test_group_advantages_use_each_groups_own_n_and_k() -> None:
     ks = [2, 3, 2]
     got = group_advantages(rewards, ks, "rspo")
     expected = torch.cat(
-        [rspo_core.compute_advantages(torch.tensor([r], dtype=torch.float64), k, "rspo")[0] for r, k in zip(rewards, ks)]
+        [
+            rspo_core.compute_advantages(torch.tensor([r], dtype=torch.float64), k, "rspo")[0]
+            for r, k in zip(rewards, ks)
+        ]
     )
     assert torch.allclose(got.double(), expected, atol=1e-6)
     assert got.shape == (11,)
