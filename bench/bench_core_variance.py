@@ -9,6 +9,7 @@ groups, and its norm. Run: .venv/bin/python bench/bench_core_variance.py
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import bench_core_common as common
 import torch
@@ -39,7 +40,7 @@ def main() -> None:
     r = V[y]  # (G, n)
     onehot_sum = lambda c: torch.zeros(G, len(P), dtype=torch.float64).scatter_add_(1, y, c)  # noqa: E731
     exact = exact_grad_max_at_k(P, V, K)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for method in ("rspo", "pkpo", "pkpo_loo", "grpo", "rloo"):
         a = compute_advantages(r, K, method)  # (G, n) mean form
         c = a / N  # sum form

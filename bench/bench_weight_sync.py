@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import grpc
 import torch
 
-from rspo_proto.v1 import learner_pb2_grpc
+from rspo_proto.v1 import learner_pb2, learner_pb2_grpc
 from services.common.tiny_model import build_tiny_model, load_model_and_tokenizer
 from services.common.weights import PolicySnapshot, fetch_weights, stream_snapshot
 from services.rollout.backends.transformers_backend import TransformersBackend
@@ -92,6 +92,10 @@ class _Learner(learner_pb2_grpc.LearnerServiceServicer):
     def publish(self, version: int) -> None:
         state = self.model.state_dict()
         self.snapshot = PolicySnapshot(version, {n: state[n] for n in self.names})
+
+    async def GetStatus(self, request: Any, context: Any) -> Any:
+        version = self.snapshot.version if self.snapshot else 0
+        return learner_pb2.LearnerStatus(policy_version=version)
 
     async def FetchWeights(self, request: Any, context: Any) -> Any:
         assert self.snapshot is not None

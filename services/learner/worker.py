@@ -89,6 +89,7 @@ class LearnerWorker:
         self.buffer: list[_Pending] = []
         self.unacked: list[str] = []  # entry ids resolved since the last checkpoint
         self._resolved = set[str]()
+        self._buffered = set[str]()  # ids of groups in self.buffer (duplicate check in O(1))
         self.clock = StepClock()
         self.finished = asyncio.Event()
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -167,7 +168,7 @@ class LearnerWorker:
             log.warning("dead-lettering group entry %s: %s", delivery.entry_id, err)
             await self.queue.dead_letter(self.keys.dead, delivery, str(err))
             return
-        if group.group_id in self._resolved or any(p.group.group_id == group.group_id for p in self.buffer):
+        if group.group_id in self._resolved or group.group_id in self._buffered:
             self.state.groups_duplicate += 1
             await self.queue.ack([delivery.entry_id])
             return
@@ -178,8 +179,10 @@ class LearnerWorker:
             self.state.groups_dropped += 1
             return
         self.buffer.append(_Pending(delivery, group))
+        self._buffered.add(group.group_id)
 
     def _resolve(self, group_id: str, entry_id: str) -> None:
+        self._buffered.discard(group_id)
         self._resolved.add(group_id)
         self.state.resolved_ids.append(group_id)
         self.unacked.append(entry_id)

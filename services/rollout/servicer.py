@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 
-from rspo_proto.v1 import rollout_pb2, rollout_pb2_grpc, sample_pb2
+from rspo_proto.v1 import rollout_pb2, rollout_pb2_grpc
 from services.common.errors import InvalidInput
 from services.common.grpc_server import rpc_errors
 from services.rollout.backends.base import SamplingSettings
-from services.rollout.worker import RolloutWorker, samples_from
+from services.rollout.worker import RolloutWorker, build_group
 
 MAX_SAMPLES_PER_CALL = 65_536
 
@@ -46,15 +46,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         for t in tasks:
             # In a thread: generation is long and must not stall the server's event loop.
             gens = (await asyncio.to_thread(self.worker.backend.generate, [list(t.prompt_token_ids)], t.n, settings))[0]
-            groups.append(
-                sample_pb2.SampleGroup(
-                    group_id=t.group_id,
-                    task=t,
-                    samples=samples_from(gens, version),
-                    status=sample_pb2.GROUP_STATUS_COMPLETE,
-                    producer=self.worker.replica,
-                )
-            )
+            groups.append(build_group(t, gens, version, self.worker.replica))
         return rollout_pb2.GenerateResponse(groups=groups)
 
     @rpc_errors

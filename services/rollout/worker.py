@@ -48,17 +48,27 @@ class RolloutCounters:
     sync_s: float = 0.0
 
 
-def samples_from(generations: Sequence[Generation], version: int) -> list[sample_pb2.Sample]:
-    return [
-        sample_pb2.Sample(
+def build_group(
+    task: sample_pb2.PromptTask, generations: Sequence[Generation], version: int, producer: str
+) -> sample_pb2.SampleGroup:
+    """A COMPLETE (not yet scored) group. Samples are added in place: passing a list of Sample
+    messages to the constructor would copy every token and logprob a second time."""
+    group = sample_pb2.SampleGroup(
+        group_id=task.group_id,
+        task=task,
+        status=sample_pb2.GROUP_STATUS_COMPLETE,
+        producer=producer,
+        generated_unix_ns=time.time_ns(),
+    )
+    for g in generations:
+        group.samples.add(
             token_ids=g.token_ids,
             logprobs=g.logprobs,
             text=g.text,
             finish_reason=FINISH_TO_PROTO[g.finish_reason],
             policy_version=version,
         )
-        for g in generations
-    ]
+    return group
 
 
 class RolloutWorker:
@@ -171,17 +181,7 @@ class RolloutWorker:
         version = self.backend.policy_version
         with telemetry.rollout_generate(tasks):
             gens = await self._generate(tasks)
-        groups = [
-            sample_pb2.SampleGroup(
-                group_id=task.group_id,
-                task=task,
-                samples=samples_from(g, version),
-                status=sample_pb2.GROUP_STATUS_COMPLETE,
-                producer=self.replica,
-                generated_unix_ns=time.time_ns(),
-            )
-            for task, g in zip(tasks, gens)
-        ]
+        groups = [build_group(task, g, version, self.replica) for task, g in zip(tasks, gens)]
         reasons = await asyncio.gather(
             *(self._score_into(grp, [g.text for g in gen]) for grp, gen in zip(groups, gens))
         )
