@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +124,7 @@ class StreamQueue:
         self.consumer = consumer
         self.cfg = cfg
         self._own_pending_drained = False
+        self._last_reclaim = float("-inf")
 
     async def ensure_group(self) -> None:
         try:
@@ -142,9 +144,13 @@ class StreamQueue:
             if own:
                 return own
             self._own_pending_drained = True
-        claimed = await self.reclaim_idle(count)
-        if claimed:
-            return claimed
+        # Reclaiming costs a round trip: do it every claim_idle_s / 2, not on every read.
+        now = time.monotonic()
+        if now - self._last_reclaim >= self.cfg.claim_idle_s / 2:
+            self._last_reclaim = now
+            claimed = await self.reclaim_idle(count)
+            if claimed:
+                return claimed
         resp = await self.client.xreadgroup(
             self.group,
             self.consumer,

@@ -54,6 +54,10 @@ def build_runtime(cfg: RspoConfig) -> LearnerRuntime:
         task=make_task(cfg.task),
         device=device,
         ref_model=ref_model,
+        # model.dtype bfloat16/float16 on a GPU trains with autocast over float32 master weights.
+        autocast_dtype=resolve_dtype(cfg.model.dtype)
+        if device.type == "cuda" and cfg.model.dtype != "float32"
+        else None,
     )
 
 

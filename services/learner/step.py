@@ -62,17 +62,24 @@ def train_step(
     top_p: float,
     device: torch.device,
     ref_model: torch.nn.Module | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Apply one RSPO (or comparator) update on `batch`; returns metrics (nothing is logged here)."""
+    """Apply one RSPO (or comparator) update on `batch`; returns metrics (nothing is logged here).
+
+    `autocast_dtype` (e.g. bfloat16 on GPU) runs the forward passes in that precision over float32
+    master weights; log-probabilities and the loss are always computed in float32.
+    """
     advantages = group_advantages(batch.rewards, batch.ks, cfg.method).to(device)  # (N,)
     input_ids = batch.input_ids.to(device)
     attention = batch.attention_mask.to(device)
     model.train()
-    logprobs = token_logprobs(model, input_ids, attention, temperature, top_p)  # (N, L-1)
-    ref_logprobs = None
-    if ref_model is not None and cfg.loss.kl_coef > 0:
-        with torch.no_grad():
-            ref_logprobs = token_logprobs(ref_model, input_ids, attention, temperature, top_p)
+    amp = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with amp:
+        logprobs = token_logprobs(model, input_ids, attention, temperature, top_p)  # (N, L-1)
+        ref_logprobs = None
+        if ref_model is not None and cfg.loss.kl_coef > 0:
+            with torch.no_grad():
+                ref_logprobs = token_logprobs(ref_model, input_ids, attention, temperature, top_p)
     out = rspo_core.policy_loss(
         rspo_core.PolicyLossInputs(
             logprobs=logprobs,

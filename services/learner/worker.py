@@ -53,6 +53,8 @@ class LearnerRuntime:
     task: TaskFamily
     device: torch.device
     ref_model: torch.nn.Module | None = None
+    # bf16/fp16 autocast for the forward passes (GPU); None = full float32.
+    autocast_dtype: torch.dtype | None = None
 
 
 @dataclass
@@ -203,6 +205,7 @@ class LearnerWorker:
             top_p=self.cfg.model.top_p,
             device=self.rt.device,
             ref_model=self.rt.ref_model,
+            autocast_dtype=self.rt.autocast_dtype,
         )
         for p in take:
             self._resolve(p.group.group_id, p.delivery.entry_id)

@@ -103,3 +103,26 @@ def test_checkpoint_round_trip_and_latest_marker(tmp_path: Path) -> None:
     # A half-written checkpoint (no LATEST update) is invisible.
     (root / ".tmp-step-000004").mkdir()
     assert latest_checkpoint(root) == path
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_step_on_gpu() -> None:
+    """Needs a CUDA GPU (excluded by default; run with `-m gpu` on a GPU machine)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from services.common.config import LearnerConfig
+    from services.learner.step import train_step
+
+    device = torch.device("cuda")
+    model = LlamaForCausalLM(
+        LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=32)
+    ).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = groups_to_batch([make_group("g", [1, 2, 3], [[7, 8], [9, 4], [5], [6]], [1.0, 0.0, 0.0, 0.0])], pad_id=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = train_step(
+        model, opt, batch, LearnerConfig(), temperature=1.0, top_p=1.0, device=device, autocast_dtype=torch.bfloat16
+    )
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+    assert torch.isfinite(torch.tensor(metrics["loss/loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
