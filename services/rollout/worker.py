@@ -7,7 +7,9 @@ For each task delivery:
 2. generate `task.n` samples with the current policy, stamped with its version;
 3. score the group through `RewardService` (per-call deadline, bounded retries on
    retryable codes); a group is only COMPLETE when every sample has an OK reward;
-   after `group_attempts` failed scorings it is DROPPED whole, never partially;
+   after `group_attempts` failed scorings it is DROPPED whole, never partially. If the reward
+   service itself is unreachable (UNAVAILABLE after retries) the task is left pending instead:
+   an outage delays work (reclaimed after claim_idle_s) rather than burning the dataset;
 4. publish the group and ack the task in one MULTI/EXEC (`publish_and_ack`).
 A task delivered more than `max_deliveries` times (replicas keep dying on it)
 is published as DROPPED and copied to the dead-letter stream.
@@ -27,7 +29,7 @@ from rspo_proto.v1 import reward_pb2, sample_pb2
 from services.common import telemetry
 from services.common.codec import FINISH_TO_PROTO, parse_message
 from services.common.config import RspoConfig
-from services.common.errors import InvalidInput, RspoError
+from services.common.errors import InvalidInput, RspoError, Unavailable
 from services.common.streams import TASKS_GROUP, Delivery, StreamKeys, StreamQueue
 from services.rollout.backends.base import Generation, GenerationBackend, SamplingSettings
 
@@ -41,6 +43,8 @@ FetchFn = Callable[[int], Awaitable[tuple[int, dict]]]  # type: ignore[type-arg]
 class RolloutCounters:
     groups_published: int = 0
     groups_dropped: int = 0
+    # Groups whose scoring found the reward service unreachable; their tasks were left pending.
+    groups_deferred: int = 0
     weight_syncs: int = 0
     generated_tokens: int = 0
     generate_s: float = 0.0
@@ -150,15 +154,24 @@ class RolloutWorker:
             return
         groups = await self.process([task for _, task in ready])
         complete: list[tuple[bytes, str, str | None]] = []
+        deferred = 0
         for (delivery, task), group in zip(ready, groups):
             traceparent = telemetry.rollout_end(group) or delivery.traceparent
             if group.status == sample_pb2.GROUP_STATUS_DROPPED:
                 await self.drop(delivery, task, group.drop_reason, group)
-            else:
+            elif group.status == sample_pb2.GROUP_STATUS_COMPLETE:
                 complete.append((group.SerializeToString(), delivery.entry_id, traceparent))
+            else:
+                deferred += 1
         # One MULTI/EXEC for the whole read: one round trip, each group published-and-acked or neither.
         await self.queue.publish_many_and_ack(self.keys.groups, complete)
         self.counters.groups_published += len(complete)
+        if deferred:
+            # The reward service is unreachable: the tasks stay pending (reclaimed after claim_idle_s,
+            # dropped only after max_deliveries), so an outage does not burn through the dataset.
+            self.counters.groups_deferred += deferred
+            log.warning("reward service unreachable: %d task(s) left pending for retry", deferred)
+            await asyncio.sleep(self.cfg.rollout.reward_retry.max_backoff_s)
 
     async def _accept(self, delivery: Delivery) -> sample_pb2.PromptTask | None:
         """The delivery's task, or None after dead-lettering garbage or dropping a poison task."""
@@ -182,12 +195,13 @@ class RolloutWorker:
         with telemetry.rollout_generate(tasks):
             gens = await self._generate(tasks)
         groups = [build_group(task, g, version, self.replica) for task, g in zip(tasks, gens)]
-        reasons = await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(self._score_into(grp, [g.text for g in gen]) for grp, gen in zip(groups, gens))
         )
-        for group, reason in zip(groups, reasons):
+        for group, (reason, defer) in zip(groups, outcomes):
             if reason:
-                group.status = sample_pb2.GROUP_STATUS_DROPPED
+                # UNSPECIFIED = undecided: the caller leaves the task pending instead of dropping it.
+                group.status = sample_pb2.GROUP_STATUS_UNSPECIFIED if defer else sample_pb2.GROUP_STATUS_DROPPED
                 group.drop_reason = reason
             group.scored_unix_ns = time.time_ns()
         return groups
@@ -208,9 +222,10 @@ class RolloutWorker:
         self.counters.generated_tokens += sum(len(g.token_ids) for gens in out for g in gens)
         return out
 
-    async def _score_into(self, group: sample_pb2.SampleGroup, texts: list[str]) -> str:
-        """Fill rewards; return '' on success or why the group must be dropped."""
-        reason = ""
+    async def _score_into(self, group: sample_pb2.SampleGroup, texts: list[str]) -> tuple[str, bool]:
+        """Fill rewards. Returns ('', False) on success, (why, False) when the group must be dropped,
+        or (why, True) when the reward service itself was unreachable and the task should wait."""
+        reason, unreachable = "", False
         t0 = time.monotonic()
         try:
             for attempt in range(1, self.cfg.rollout.group_attempts + 1):
@@ -219,20 +234,22 @@ class RolloutWorker:
                 except RspoError as err:
                     reason = f"scoring failed ({type(err).__name__}): {err.message}"
                     if not err.retryable:
-                        return reason
+                        return reason, False
+                    unreachable = isinstance(err, Unavailable)
                     continue
+                unreachable = False
                 bad = [(i, r) for i, r in enumerate(rewards) if r.status != reward_pb2.REWARD_STATUS_OK]
                 if not bad:
                     for sample, reward in zip(group.samples, rewards):
                         sample.reward.CopyFrom(reward)
-                    return ""
+                    return "", False
                 i, r = bad[0]
                 status = reward_pb2.RewardStatus.Name(r.status)
                 reason = f"{len(bad)} of {len(texts)} rewards not OK (first: sample {i} {status}: {r.message})"
                 if r.status == reward_pb2.REWARD_STATUS_INVALID:
-                    return reason  # retrying an invalid answer cannot help
+                    return reason, False  # retrying an invalid answer cannot help
                 log.info("group %s attempt %d: %s", group.group_id, attempt, reason)
-            return reason
+            return reason, unreachable
         finally:
             self.counters.score_s += time.monotonic() - t0
 

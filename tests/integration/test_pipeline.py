@@ -131,3 +131,30 @@ def test_learner_restart_continues_from_checkpoint(
     tail = steps[drops[0] if drops else 0 :]
     assert tail == list(range(tail[0], 201))
     assert "resumed from" in restarted.log(200)
+
+
+def test_reward_outage_defers_work_instead_of_dropping_it(
+    tmp_path: Path, redis_server: EmbeddedRedis, procs: Processes
+) -> None:
+    """With the reward service down, rollout leaves tasks pending (nothing dropped, nothing trained);
+    once the reward service comes up, the run completes with zero dropped groups."""
+    cfg = ported(
+        small_config(
+            tmp_path / "run",
+            redis_server.url,
+            **{"learner.total_steps": 3, "redis.max_deliveries": 10, "rollout.reward_retry": {"max_attempts": 2}},
+        )
+    )
+    procs.start("learner", cfg, tmp_path).wait_serving()
+    rollout = procs.start("rollout", cfg, tmp_path)
+    rollout.wait_serving()
+    client = redis.Redis.from_url(redis_server.url)
+    keys = StreamKeys.for_run(cfg)
+    wait_for(lambda: "left pending for retry" in rollout.log(200), 60, "rollout to defer scoring")
+    status = learner_status(cfg.rollout.learner_address)
+    assert status.groups_applied == 0 and status.groups_dropped == 0
+    assert client.xlen(keys.dead) == 0 and client.xlen(keys.groups) == 0
+    procs.start("reward", cfg, tmp_path).wait_serving()
+    wait_for(lambda: learner_status(cfg.rollout.learner_address).finished, 120, "training to finish")
+    state = assert_exactly_once(cfg, tmp_path / "run", client)
+    assert state["groups_dropped"] == 0 and client.xlen(keys.dead) == 0
