@@ -11,6 +11,9 @@ OTel's own instrumentation uses, so instrumented external servers join the trace
 from the call's done-callback with the final status code. The call object is returned unchanged.
 Server: `wrap_handler` turns a method handler into one whose behaviour starts a SERVER span from
 the incoming `traceparent` (current while the servicer runs) and counts/ times the RPC.
+
+Only calls inside a *sampled* trace are traced: a call made outside any recording span carries no
+context and gets no spans on either side, so unsampled groups cost (almost) nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class _TracedMultiCallable:
     def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
         from services.common.telemetry import span_traceparent
 
+        if not trace.get_current_span().is_recording():
+            # Not inside a sampled trace: no CLIENT span (it would start an orphan root trace) and
+            # no per-call tracing cost; the server then records no span either.
+            return self._inner(request, metadata=metadata, **kwargs)
         span = self._tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=self._attrs)
         tp = span_traceparent(span)
         md = [*(metadata or ()), ("traceparent", tp)] if tp else metadata
@@ -136,13 +143,15 @@ class ChannelPatch:
 
 
 # ---- server ---------------------------------------------------------------------------------------
-def _remote_context(context: grpc.aio.ServicerContext) -> Context:
-    from services.common.telemetry import extract_context
+def _remote_context(context: grpc.aio.ServicerContext) -> Context | None:
+    """The caller's sampled trace context, or None: calls outside a sampled trace get no span."""
+    from services.common.telemetry import extract_context, is_sampled
 
     for key, value in context.invocation_metadata() or ():
         if key == "traceparent":
-            return extract_context(value if isinstance(value, str) else value.decode()) or Context()
-    return Context()
+            tp = value if isinstance(value, str) else value.decode()
+            return extract_context(tp) if is_sampled(tp) else None
+    return None
 
 
 class _ServerCall:
@@ -155,10 +164,9 @@ class _ServerCall:
         self.t0 = time.perf_counter()
         self.span: Span | None = None
         self.token: object = None
-        if tel.tracing:
-            self.span = tel.tracer.start_span(
-                method, context=_remote_context(context), kind=SpanKind.SERVER, attributes=attrs
-            )
+        parent = _remote_context(context) if tel.tracing else None
+        if parent is not None:
+            self.span = tel.tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attrs)
             self.token = otel_context.attach(trace.set_span_in_context(self.span))
 
     def done(self, error: BaseException | None) -> None:

@@ -91,6 +91,16 @@ def extract_context(traceparent: str | None) -> Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+def is_sampled(traceparent: str | None) -> bool:
+    """Whether a W3C `traceparent` has the sampled flag (cheap: no context objects are built)."""
+    if not traceparent:
+        return False
+    try:
+        return bool(int(traceparent.rsplit("-", 1)[1], 16) & 1)
+    except (IndexError, ValueError):
+        return False
+
+
 def _link(traceparent: str | None) -> Link | None:
     ctx = extract_context(traceparent)
     return Link(trace.get_current_span(ctx).get_span_context()) if ctx is not None else None
@@ -353,8 +363,8 @@ def rollout_begin(task: sample_pb2.PromptTask, traceparent: str | None) -> None:
     admitted = int(task.admitted_unix_ns)
     if tel.metrics is not None and admitted:
         tel.metrics.stage["task_queue"].observe(max(0, now - admitted) / 1e9)
-    if not tel.tracing:
-        return
+    if not tel.tracing or not is_sampled(traceparent):
+        return  # unsampled group: no spans here, downstream hooks find no open span and skip too
     parent = extract_context(traceparent)
     attrs: dict[str, AttributeValue] = {"rspo.group_id": task.group_id, "rspo.n": int(task.n), "rspo.k": int(task.k)}
     if admitted:
@@ -410,10 +420,9 @@ async def traced_reward_call(group_id: str, call: Awaitable[list[reward_pb2.Rewa
     token = _current_group.set(group_id)
     t0 = time.perf_counter()
     cm: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if tel.tracing:
-        cm = tel.tracer.start_as_current_span(
-            "rollout.score", context=_parent(tel, group_id), attributes={"rspo.group_id": group_id}
-        )
+    parent = _parent(tel, group_id) if tel.tracing else None
+    if parent is not None:
+        cm = tel.tracer.start_as_current_span("rollout.score", context=parent, attributes={"rspo.group_id": group_id})
     try:
         with cm:
             rewards = await call
@@ -525,7 +534,7 @@ def learner_received(group: sample_pb2.SampleGroup, traceparent: str | None) -> 
         return
     if tel.metrics is not None:
         tel.metrics.stage["groups_queue"].observe(max(0, now - scored) / 1e9)
-    if tel.tracing:
+    if tel.tracing and is_sampled(traceparent):
         span = tel.tracer.start_span(
             "queue.groups",
             context=extract_context(traceparent),
@@ -572,6 +581,7 @@ def learner_step(
                 tel._tensorboard.add_scalar(key, value, step)
     if not tel.tracing:
         return
+    applied = [(group, tp) for group, tp in applied if is_sampled(tp)]
     links = [ln for _, tp in applied if (ln := _link(tp)) is not None]
     step_attrs = {
         "rspo.step": int(record.get("step", 0)),
@@ -583,7 +593,10 @@ def learner_step(
         "learner.step", context=Context(), links=links, start_time=start, attributes=step_attrs
     )
     step_link = [Link(step_span.get_span_context())]
-    for (group, tp), stale in zip(applied, staleness):
+    # The version the step trained (the record holds the one it published, one higher).
+    trained_version = int(record.get("policy_version", 1)) - 1
+    for group, tp in applied:
+        stale = trained_version - min((int(s.policy_version) for s in group.samples), default=trained_version)
         span = tel.tracer.start_span(
             "learner.apply",
             context=extract_context(tp),
