@@ -87,7 +87,7 @@ async def _pipeline(groups: int, variant: str, tmp: Path) -> dict[str, Any]:
             await self.queue.ack(self.unacked)
             self.unacked = []
             record = {"step": self.state.step, "loss/loss": 0.0, "grad_norm": 0.0, "learner_busy_ratio": 0.5}
-            telemetry.learner_step(record, [(p.group, p.delivery.traceparent) for p in take], [0] * len(take), t0)
+            telemetry.learner_step(record, [(p.group, p.delivery.traceparent) for p in take], t0)
             return record
 
     with EmbeddedRedis(tmp / "redis") as redis_srv:

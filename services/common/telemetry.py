@@ -548,10 +548,10 @@ def learner_received(group: sample_pb2.SampleGroup, traceparent: str | None) -> 
 def learner_step(
     record: dict[str, Any],
     applied: Sequence[tuple[sample_pb2.SampleGroup, str | None]],
-    staleness: Sequence[int],
     started_monotonic: float,
 ) -> None:
-    """After a step: export its record, staleness and stage latencies; `learner.step` + `learner.apply` spans."""
+    """After a step: export its record, per-group staleness (derived from the samples' policy versions)
+    and stage latencies; `learner.step` + `learner.apply` spans."""
     tel = _STATE
     if tel is None or not tel.active:
         return
@@ -562,8 +562,10 @@ def learner_step(
         m.set_learner(record)
         if "learner_busy_ratio" in record:
             m.set_idle(1.0 - float(record["learner_busy_ratio"]))
-        for s in staleness:
-            m.staleness.observe(s)
+        # One observation per group (its samples share a policy version), as the metric's name says.
+        trained = int(record.get("policy_version", 1)) - 1
+        for group, _ in applied:
+            m.staleness.observe(trained - min((int(x.policy_version) for x in group.samples), default=trained))
         for group, _ in applied:
             received = tel.received_ns.pop(group.group_id, None)
             if received is not None:

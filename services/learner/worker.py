@@ -228,7 +228,7 @@ class LearnerWorker:
         now = time.monotonic()
         self.clock.busy_s += now - t0
         record = self._record(metrics, batch.rewards, batch.ks, staleness, now)
-        telemetry.learner_step(record, [(p.group, p.delivery.traceparent) for p in take], staleness, t0)
+        telemetry.learner_step(record, [(p.group, p.delivery.traceparent) for p in take], t0)
         self.clock.last_step = now
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
