@@ -119,8 +119,16 @@ def test_one_group_trace_through_real_grpc_and_metrics(fresh: None, tmp_path: Pa
             sample_pb2.SampleGroup(group_id="d", status=sample_pb2.GROUP_STATUS_DROPPED, drop_reason="scoring failed"),
             None,
         )
-        record = {"step": 1, "loss/loss": 0.25, "loss/adv_std": 0.5, "grad_norm": 2.0, "learner_busy_ratio": 0.75}
-        tm.learner_step(record, [(group, tp)], [1], time.monotonic() - 0.01)
+        # The step trained version 1 (it published 2); the samples came from version 0: staleness 1.
+        record = {
+            "step": 1,
+            "policy_version": 2,
+            "loss/loss": 0.25,
+            "loss/adv_std": 0.5,
+            "grad_norm": 2.0,
+            "learner_busy_ratio": 0.75,
+        }
+        tm.learner_step(record, [(group, tp)], time.monotonic() - 0.01)
         await channel.close()
         await handle.server.stop(0)
 
@@ -135,6 +143,7 @@ def test_one_group_trace_through_real_grpc_and_metrics(fresh: None, tmp_path: Pa
     assert samples[("rspo_learner_loss", ())] == 0.25 and samples[("rspo_learner_adv_std", ())] == 0.5
     assert samples[("rspo_idle_ratio", ())] == pytest.approx(0.25)
     assert samples[("rspo_group_staleness_steps_count", ())] == 1
+    assert samples[("rspo_group_staleness_steps_sum", ())] == 1
     for stage in ("task_queue", "generate", "score", "groups_queue", "learner_wait", "end_to_end"):
         assert samples[("rspo_group_stage_seconds_count", (("stage", stage),))] >= 1, stage
 
