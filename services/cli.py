@@ -86,16 +86,16 @@ def _serve(cfg: RspoConfig, service: str) -> None:
 
 
 def _eval(cfg: RspoConfig, args: argparse.Namespace) -> dict[str, object]:
-    from services.launcher import _evaluate_weights
+    from services.evaluation import evaluate_weights
     from services.learner.checkpoint import latest_checkpoint, load_model_weights
 
     if args.initial:
-        return _evaluate_weights(cfg, None, 0)
+        return evaluate_weights(cfg, None, 0)
     ckpt = args.checkpoint or latest_checkpoint(Path(cfg.run.run_dir) / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"no checkpoint under {cfg.run.run_dir}/checkpoints; pass --checkpoint or --initial")
     state = json.loads((Path(ckpt) / "state.json").read_text())
-    return _evaluate_weights(cfg, load_model_weights(Path(ckpt)), int(state["policy_version"]))
+    return evaluate_weights(cfg, load_model_weights(Path(ckpt)), int(state["policy_version"]))
 
 
 def main(argv: list[str] | None = None) -> int:

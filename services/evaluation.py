@@ -8,13 +8,14 @@ reports the unbiased estimators from `rspo_core` (never "max of the first k").
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import rspo_core
 from services.common.config import RspoConfig
-from services.rollout.backends.base import GenerationBackend, SamplingSettings
+from services.rollout.backends.base import GenerationBackend, SamplingSettings, make_backend
 from services.tasks import make_task
 
 
@@ -47,3 +48,11 @@ def evaluate(backend: GenerationBackend, cfg: RspoConfig, *, seed: int = 1234) -
     correct = (table >= 1.0).sum(dim=1)
     out["pass_at_k"] = {str(k): float(rspo_core.pass_at_k(cfg.eval.n, correct, k).mean()) for k in cfg.eval.ks}
     return out
+
+
+def evaluate_weights(cfg: RspoConfig, state: dict[str, Any] | None, version: int) -> dict[str, Any]:
+    """Evaluate the initial model (`state` None) or the given weights with the transformers backend."""
+    backend = make_backend(cfg.model, "transformers", Path(cfg.run.run_dir) / "model")
+    if state is not None:
+        backend.load_state_dict(state, version)
+    return evaluate(backend, cfg)

@@ -29,6 +29,7 @@ import yaml
 
 from services.common.config import RspoConfig, with_overrides
 from services.common.redis_server import EmbeddedRedis, free_port
+from services.evaluation import evaluate_weights
 
 SERVICES = ("reward", "learner", "rollout")
 
@@ -150,16 +151,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _evaluate_weights(cfg: RspoConfig, state: dict[str, Any] | None, version: int) -> dict[str, Any]:
-    from services.evaluation import evaluate
-    from services.rollout.backends.base import make_backend
-
-    backend = make_backend(cfg.model, "transformers", Path(cfg.run.run_dir) / "model")
-    if state is not None:
-        backend.load_state_dict(state, version)
-    return evaluate(backend, cfg)
-
-
 def train(cfg: RspoConfig, run_dir: Path, redis_url: str | None, progress: bool = True) -> dict[str, Any]:
     from services.progress import ProgressView
 
@@ -174,7 +165,7 @@ def train(cfg: RspoConfig, run_dir: Path, redis_url: str | None, progress: bool 
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     cluster = Cluster(cfg, run_dir, redis)
     try:
-        before = _evaluate_weights(cfg, None, 0)
+        before = evaluate_weights(cfg, None, 0)
         cluster.start()
         for name in SERVICES:
             wait_serving(f"127.0.0.1:{getattr(cfg, name).port}", 180.0, cluster)
@@ -189,7 +180,7 @@ def train(cfg: RspoConfig, run_dir: Path, redis_url: str | None, progress: bool 
                 time.sleep(0.5)
     finally:
         cluster.stop()
-    after = _evaluate_weights(cfg, *_final_weights(run_dir))
+    after = evaluate_weights(cfg, *_final_weights(run_dir))
     summary = build_summary(cfg, before, after, read_metrics(run_dir / "metrics.jsonl"), time.monotonic() - t_start)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
