@@ -5,7 +5,7 @@ setup:
 	scripts/setup.sh
 
 train: setup
-	.venv/bin/rspo train --config configs/quickstart.yaml --run-dir runs/quickstart
+	.venv/bin/rspo train --config configs/quickstart.yaml --run-dir runs/quickstart --fresh
 
 test:
 	scripts/test.sh

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
     p.add_argument("--no-progress", action="store_true", help="no live progress output")
+    p.add_argument("--fresh", action="store_true", help="delete a previous run in --run-dir first (default: resume it)")
     p = sub.add_parser("serve", help="run one service (for compose / Kubernetes)")
     p.add_argument("service", choices=["rollout", "reward", "learner"])
     _common(p)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             from services.launcher import train
 
             run_dir = Path(args.run_dir or cfg.run.run_dir)
-            summary = train(cfg, run_dir, args.redis_url, progress=not args.no_progress)
+            summary = train(cfg, run_dir, args.redis_url, progress=not args.no_progress, fresh=args.fresh)
             print(json.dumps({k: v for k, v in summary.items() if not k.startswith("eval_")}, indent=2))
         elif args.command == "serve":
             _serve(cfg, args.service)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import grpc
 import yaml
 
 from services.common.config import RspoConfig, with_overrides
+from services.common.errors import ConfigError
 from services.common.redis_server import EmbeddedRedis, free_port
 from services.evaluation import evaluate_weights
 
@@ -151,12 +153,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def train(cfg: RspoConfig, run_dir: Path, redis_url: str | None, progress: bool = True) -> dict[str, Any]:
+RUN_DIR_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "summary.json")
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Create the run dir; with `fresh`, first remove a previous run there (only if it looks like one).
+
+    Without `fresh` an existing run is resumed from its last checkpoint (a finished one just re-evaluates).
+    """
+    if fresh and run_dir.exists():
+        if not any((run_dir / m).exists() for m in RUN_DIR_MARKERS):
+            raise ConfigError(
+                f"--fresh would delete {run_dir}, which does not look like an rspo run directory "
+                f"(none of {', '.join(RUN_DIR_MARKERS)}); pick an empty or new --run-dir"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    cfg: RspoConfig, run_dir: Path, redis_url: str | None, progress: bool = True, fresh: bool = False
+) -> dict[str, Any]:
     from services.progress import ProgressView
 
     t_start = time.monotonic()
     run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, fresh)
     redis = None
     if redis_url is None and cfg.redis.url is None:
         redis = EmbeddedRedis(run_dir / "redis", persist=True).start()

@@ -126,3 +126,22 @@ def test_bf16_autocast_step_on_gpu() -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
     assert torch.isfinite(torch.tensor(metrics["loss/loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fresh_run_dir_only_deletes_what_looks_like_a_run(tmp_path: Path) -> None:
+    from services.common.errors import ConfigError
+    from services.launcher import prepare_run_dir
+
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(ConfigError, match="does not look like an rspo run directory"):
+        prepare_run_dir(precious, fresh=True)
+    assert (precious / "thesis.tex").is_file()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    prepare_run_dir(run, fresh=False)  # resume: untouched
+    assert (run / "metrics.jsonl").is_file()
+    prepare_run_dir(run, fresh=True)
+    assert run.is_dir() and not any(run.iterdir())
