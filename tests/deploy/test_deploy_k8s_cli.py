@@ -304,9 +304,7 @@ def test_wait_times_out_naming_what_is_not_ready(
     standin: StandInApi, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed_two_runs(standin, ready=False)
-    start = time.monotonic()
     assert rspo(kubeconfig, "wait", "--run-id", RUN, "-n", NS, "--timeout-s", "0.3", "--poll-s", "0.05") == 1
-    assert time.monotonic() - start < 5
     err = capsys.readouterr().err
     assert "not ready after 0.3 s" in err and f"Deployment/{RUN}-reward: 0/2 ready" in err
     assert f"pod {RUN}-learner-0: Pending ImagePullBackOff" in err and "exp2" not in err
