@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import bench_core_common as common
+import benchlib as common
 import matplotlib
 import torch
 

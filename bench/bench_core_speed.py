@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 
-import bench_core_common as common
+import benchlib as common
 import torch
 
 from rspo_core import compute_advantages

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import bench_core_common as common
+import benchlib as common
 import torch
 
 from rspo_core import compute_advantages

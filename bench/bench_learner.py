@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from bench_core_common import write_results
+from benchlib import write_results
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from services.common.codec import TrainBatch

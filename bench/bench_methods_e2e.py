@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_core_common import write_results  # noqa: E402
+from benchlib import write_results  # noqa: E402
 
 from services.common.config import load_config, with_overrides  # noqa: E402
 from services.launcher import train  # noqa: E402

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 import redis.asyncio as aioredis
 import torch
-from bench_core_common import write_results
+from benchlib import write_results
 
 from rspo_proto.v1 import reward_pb2, reward_pb2_grpc, sample_pb2
 from services.common.config import RspoConfig, parse_config

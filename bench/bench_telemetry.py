@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core_common import write_results
+from benchlib import write_results
 
 # variant -> (exporter, trace_sample_ratio, metrics on)
 VARIANTS: dict[str, tuple[str, float, bool]] = {

@@ -1,4 +1,4 @@
-"""Shared helpers for the rspo_core benchmarks: machine description and result writing."""
+"""Shared helpers for every benchmark: machine description and result writing (bench/results/)."""
 
 from __future__ import annotations
 
